@@ -17,6 +17,7 @@ import pandas as pd  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from harness import tracking  # noqa: E402
+from harness.cache import Baseline, DenseCache, baseline_key  # noqa: E402
 from harness.config import validate  # noqa: E402
 from harness.data import Dataset, load_dataset  # noqa: E402
 from harness.measure import SparsityStats, file_sizes, sparsity_stats  # noqa: E402
@@ -48,6 +49,7 @@ class Prepared:
     data: Dataset
     model: keras.Model
     kernels: list[PrunableKernel]
+    baseline: Optional[Baseline] = None
 
 
 def prepare(cfg: DictConfig) -> Prepared:
@@ -67,16 +69,32 @@ def _total_epochs(cfg: DictConfig) -> int:
     return cfg.train.epochs + (cfg.prune.fine_tune_epochs if cfg.prune.mode == "static" else 0)
 
 
-def train_dense(job: Prepared, on_epoch=None) -> list[dict]:
-    """Train the model without pruning for train.epochs epochs."""
+def train_dense(job: Prepared, on_epoch=None, cache: Optional[DenseCache] = None,
+                run_id: Optional[str] = None) -> list[dict]:
+    """Train the model without pruning for train.epochs epochs, or load it from the dense cache.
+
+    A reused baseline's per-epoch rows are passed to `on_epoch` again, so every run carries its
+    full history; the reuse and the run that trained it are stored in `job.baseline`.
+    """
     compile_model(job.model, job.cfg.train)
-    return fit(job.model, job.data, job.cfg.train, epochs=job.cfg.train.epochs, initial_epoch=0,
-               total_epochs=_total_epochs(job.cfg), kernels=job.kernels, phase="train", on_epoch=on_epoch)
+
+    def train() -> list[dict]:
+        return fit(job.model, job.data, job.cfg.train, epochs=job.cfg.train.epochs, initial_epoch=0,
+                   total_epochs=_total_epochs(job.cfg), kernels=job.kernels, phase="train", on_epoch=on_epoch)
+
+    if cache is None:
+        return train()
+    job.baseline = cache.load_or_train(baseline_key(job.cfg), job.model, train, run_id)
+    if job.baseline.reused and on_epoch is not None:
+        for row in job.baseline.history:
+            on_epoch(row["epoch"], row)
+    return list(job.baseline.history)
 
 
-def _run_static(job: Prepared, on_epoch, metrics: dict[str, float]) -> list[dict]:
+def _run_static(job: Prepared, on_epoch, metrics: dict[str, float], cache: Optional[DenseCache],
+                run_id: Optional[str]) -> list[dict]:
     cfg = job.cfg
-    history = train_dense(job, on_epoch)
+    history = train_dense(job, on_epoch, cache, run_id)
     metrics["dense_test_loss"], metrics["dense_test_accuracy"] = evaluate(job.model, job.data, cfg.train.batch_size)
     log.info("dense model: test_accuracy=%.4f; pruning every weight with |w| < %s", metrics["dense_test_accuracy"],
              cfg.threshold)
@@ -122,16 +140,20 @@ def _run_dynamic(job: Prepared, on_epoch) -> list[dict]:
             kernel.variable.regularizer = None
 
 
-def train_and_prune(job: Prepared, on_epoch=None) -> tuple[list[dict], dict[str, float]]:
-    """Train according to prune.mode and return the per-epoch rows and mode-specific metrics."""
+def train_and_prune(job: Prepared, on_epoch=None, cache: Optional[DenseCache] = None,
+                    run_id: Optional[str] = None) -> tuple[list[dict], dict[str, float]]:
+    """Train according to prune.mode and return the per-epoch rows and mode-specific metrics.
+
+    Dynamic pruning changes training itself, so only static and none jobs use the dense cache.
+    """
     metrics: dict[str, float] = {}
     mode = job.cfg.prune.mode
     if mode == "static":
-        history = _run_static(job, on_epoch, metrics)
+        history = _run_static(job, on_epoch, metrics, cache, run_id)
     elif mode == "dynamic":
         history = _run_dynamic(job, on_epoch)
     else:
-        history = train_dense(job, on_epoch)
+        history = train_dense(job, on_epoch, cache, run_id)
     return history, metrics
 
 
@@ -173,18 +195,30 @@ def write_artifacts(cfg: DictConfig, outcome: Outcome, out_dir: Path) -> list[Pa
     return [config_path, layers_path, history_path]
 
 
-def run_experiment(cfg: DictConfig, out_dir: Path, on_epoch=None, job: Optional[Prepared] = None) -> Outcome:
-    """Run one experiment on a prepared job (or prepare it) and write its files to out_dir."""
+def run_experiment(cfg: DictConfig, out_dir: Path, on_epoch=None, job: Optional[Prepared] = None,
+                   cache: Optional[DenseCache] = None, run_id: Optional[str] = None) -> Outcome:
+    """Run one experiment on a prepared job (or prepare it) and write its files to out_dir.
+
+    Args:
+        on_epoch: called with (epoch, row) after each epoch, row holding the EPOCH_METRICS.
+        cache: dense-model cache for static and none jobs; None trains every baseline.
+        run_id: the MLflow run recorded as the trainer of a newly cached baseline.
+    """
     job = job or prepare(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     log.info("training %s on %s (prune=%s, threshold=%s, seed=%s)", cfg.model.name, cfg.dataset.name,
              cfg.prune.mode, cfg.threshold, cfg.seed)
     started = time.perf_counter()
-    history, extra = train_and_prune(job, on_epoch)
+    history, extra = train_and_prune(job, on_epoch, cache, run_id)
     train_seconds = time.perf_counter() - started
 
     outcome = measure(job, out_dir, train_seconds, extra, history)
+    if job.baseline is not None:
+        outcome.tags.update({"baseline_reused": str(job.baseline.reused).lower(),
+                             "baseline_run_id": job.baseline.trained_by_run or "unknown",
+                             "baseline_key": job.baseline.key})
+        outcome.metrics["dense_train_seconds"] = job.baseline.train_seconds
     write_artifacts(cfg, outcome, out_dir)
     return outcome
 

@@ -100,8 +100,19 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
+def dense_cache(cfg: DictConfig):
+    """Return the dense-model cache for static and none jobs, or None when disabled or not used."""
+    from harness.cache import DenseCache
+
+    if not cfg.cache.enabled or cfg.prune.mode == "dynamic":
+        return None
+    root = Path(cfg.cache.dir).expanduser() if cfg.cache.dir else launch_dir() / "outputs" / "cache"
+    return DenseCache(root if root.is_absolute() else launch_dir() / root)
+
+
 def _run_recorded(cfg: DictConfig, sweep: dict[str, Any]) -> dict[str, Any]:
     from harness.experiment import prepare, run_experiment, summary_line
+    from harness.training import TrainingDiverged
 
     job = prepare(cfg)  # Raises on invalid config before any MLflow run exists.
     uri = resolve_tracking_uri(cfg.tracking.uri)
@@ -112,8 +123,8 @@ def _run_recorded(cfg: DictConfig, sweep: dict[str, Any]) -> dict[str, Any]:
     if cfg.resume:
         finished = tracking.find_finished_run(client, experiment_id, digest)
         if finished is not None:
-            log.info("skipped: finished as run %s", finished)
-            return {"status": "SKIPPED", "run_id": finished}
+            log.info("skipped: finished as run %s", finished.info.run_id)
+            return {"status": "SKIPPED", "run_id": finished.info.run_id, "metrics": dict(finished.data.metrics)}
 
     run_id = tracking.start_run(client, experiment_id, cfg, digest, sweep_id=sweep.get("sweep_id") or new_sweep_id(),
                                 parent_run_id=sweep.get("parent_run_id"), commit=tracking.git_commit(launch_dir()))
@@ -123,13 +134,16 @@ def _run_recorded(cfg: DictConfig, sweep: dict[str, Any]) -> dict[str, Any]:
         def on_epoch(epoch: int, row: dict) -> None:
             tracking.log_metrics(client, run_id, {key: row[key] for key in tracking.EPOCH_METRICS}, step=epoch)
 
-        outcome = run_experiment(cfg, output_dir() / "artifacts", on_epoch=on_epoch, job=job)
+        outcome = run_experiment(cfg, output_dir() / "artifacts", on_epoch=on_epoch, job=job,
+                                 cache=dense_cache(cfg), run_id=run_id)
         tracking.record_outcome(client, run_id, outcome, total_epochs=len(outcome.history))
         tracking.terminate(client, run_id, "FINISHED")
     except KeyboardInterrupt as error:
         tracking.end_with_error(client, run_id, error, "KILLED")
         raise
     except BaseException as error:
+        if isinstance(error, TrainingDiverged):
+            tracking.set_tags(client, run_id, {"diverged": "true"})
         tracking.end_with_error(client, run_id, error, "FAILED")
         raise
     finally:

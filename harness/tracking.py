@@ -156,12 +156,12 @@ def artifact_location(uri: str) -> Optional[str]:
     return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
 
 
-def find_finished_run(client, experiment_id: str, digest: str) -> Optional[str]:
-    """Return the id of a FINISHED job run with this config hash, or None."""
+def find_finished_run(client, experiment_id: str, digest: str):
+    """Return the latest FINISHED job run with this config hash, or None."""
     found = with_retry(lambda: client.search_runs(
         [experiment_id], filter_string=f"tags.{CONFIG_HASH_TAG} = '{digest}' and attributes.status = 'FINISHED'",
         max_results=1, order_by=["attributes.start_time DESC"]), "searching finished runs")
-    return found[0].info.run_id if found else None
+    return found[0] if found else None
 
 
 def start_run(client, experiment_id: str, cfg, digest: str, *, sweep_id: str, parent_run_id: Optional[str],
@@ -200,8 +200,11 @@ def record_outcome(client, run_id: str, outcome, total_epochs: int) -> None:
     sparsity = final.pop("sparsity")
     log_metrics(client, run_id, final, step=0)
     log_metrics(client, run_id, {"sparsity": sparsity}, step=total_epochs)
+    tags = dict(outcome.tags)
     if outcome.dead_layers:
-        set_tags(client, run_id, {"dead_layers": ",".join(outcome.dead_layers)})
+        tags["dead_layers"] = ",".join(outcome.dead_layers)
+    if tags:
+        set_tags(client, run_id, tags)
     directory = outcome.model_path.parent
     log_artifacts(client, run_id, [directory / "config.yaml", directory / "layer_sparsity.csv",
                                    directory / "history.csv"])
