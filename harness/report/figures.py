@@ -54,6 +54,9 @@ class ReportFigure:
         png = folder / f"{self.stem}.png"
         svg = folder / f"{self.stem}.svg"
         self.figure.savefig(png, dpi=_PNG_DPI)
+        # The PNG draw has placed the axes; the figure size in inches is the same for the SVG, so the
+        # constrained layout need not run a second time.
+        self.figure.set_layout_engine("none")
         self.figure.savefig(svg, metadata={"Date": None})
         return png, svg
 
@@ -321,7 +324,7 @@ def layer_sparsity(finished: pd.DataFrame, summary: pd.DataFrame, layers: pd.Dat
         "layer_sparsity",
         "Per-layer sparsity",
         "Mean sparsity of each layer's prunable weights per config (rows: prune mode and threshold), from the "
-        "layer_sparsity.csv artifact of each run; layers kept dense by prune.skip_layers say (skipped). "
+        "layer_sparsity.csv artifact of each run. A layer name ends in (skipped) when prune.skip_layers kept it dense. "
         "Dense runs (prune=none) are left out.",
         None,
     )
@@ -338,7 +341,7 @@ def layer_sparsity(finished: pd.DataFrame, summary: pd.DataFrame, layers: pd.Dat
         heights.append(len(_in_panel(table, key).groupby(["prune", "threshold_key", "config"], dropna=False)))
     widest = max(_in_panel(table, key)["layer"].nunique() for key in keys)
     figure = _new_figure(max(7.0, 1.1 * widest + 4), sum(1.2 + 0.45 * rows for rows in heights))
-    axes = figure.subplots(len(keys), 1, squeeze=False, height_ratios=[1.2 + 0.45 * h for h in heights]).flat
+    axes = list(figure.subplots(len(keys), 1, squeeze=False, height_ratios=[1.2 + 0.45 * h for h in heights]).flat)
 
     image = None
     for ax, key in zip(axes, keys):
@@ -371,7 +374,7 @@ def layer_sparsity(finished: pd.DataFrame, summary: pd.DataFrame, layers: pd.Dat
                       rotation=30, ha="right")
         ax.set_yticks(range(len(labels)), labels=labels, fontsize=8)
         ax.set_title(model_dataset(key))
-    figure.colorbar(image, ax=list(axes), label="sparsity", shrink=0.9)
+    figure.colorbar(image, ax=axes, label="sparsity", shrink=0.9)
     result.figure = figure
     return result
 

@@ -21,7 +21,7 @@ def mean_std_text(mean: float, std: float, digits: int = 4) -> str:
 
 def _config_label(row: pd.Series) -> str:
     label = row["prune"]
-    if math.isfinite(row["threshold"]):
+    if row["prune"] != "none" and math.isfinite(row["threshold"]):
         label += f" threshold {format_number(row['threshold'])}"
     if row["config"]:
         label += f" ({row['config']})"
@@ -132,7 +132,7 @@ def _sparsity_level_sentences(panel: pd.DataFrame) -> list[str]:
 def _pareto_sentence(runs: pd.DataFrame) -> str:
     front = runs[runs["pareto"]].sort_values("sparsity")
     listed = [
-        f"{row['prune']} threshold {format_number(row['threshold'])} seed {format_number(row['seed'])} "
+        f"{_config_label(row)} seed {format_number(row['seed'])} "
         f"(sparsity {row['sparsity']:.4f}, test_accuracy {row['test_accuracy']:.4f})"
         for _, row in front.head(_MAX_LISTED_PARETO_RUNS).iterrows()
     ]

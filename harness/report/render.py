@@ -62,7 +62,8 @@ def _number_text(value: float, digits: int) -> str:
         return "n/a"
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
-    return f"{value:.{digits}f}"
+    # Rounding first keeps a tiny negative value such as -1e-16 from printing as -0.0000.
+    return f"{round(value, digits) + 0.0:.{digits}f}"
 
 
 def summary_table(summary: pd.DataFrame) -> Table:
