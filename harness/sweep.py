@@ -95,7 +95,7 @@ class SweepCallback(Callback):
         sweep_info = json.loads((directory / "sweep.json").read_text())
 
         try:
-            self._build_report(config, sweep_info)
+            self._build_report(config, sweep_info, records)
         except Exception as error:
             log.warning("report for sweep %s not built: %s", sweep_info["sweep_id"], tracking.describe_error(error))
 
@@ -103,11 +103,19 @@ class SweepCallback(Callback):
         if failed:
             raise SystemExit(1)
 
-    def _build_report(self, config: DictConfig, sweep_info: dict[str, Any]) -> None:
+    def _build_report(self, config: DictConfig, sweep_info: dict[str, Any], records: list[dict[str, Any]]) -> None:
         from harness.report import build_report
 
-        folder = build_report(sweep_info["tracking_uri"], config.tracking.experiment,
-                              sweep_id=sweep_info["sweep_id"], out_root=launch_dir() / "outputs" / "reports")
+        sweep_id = sweep_info["sweep_id"]
+        out_root = launch_dir() / "outputs" / "reports"
+        if any(record["status"] == "SKIPPED" for record in records):
+            # Skipped jobs point to runs of an earlier sweep, so the report selects runs by id.
+            run_ids = [record["run_id"] for record in records if record.get("run_id")]
+            folder = build_report(sweep_info["tracking_uri"], config.tracking.experiment, run_ids=run_ids,
+                                  out_root=out_root, folder_name=sweep_id)
+        else:
+            folder = build_report(sweep_info["tracking_uri"], config.tracking.experiment, sweep_id=sweep_id,
+                                  out_root=out_root)
         files = sorted(path for path in folder.iterdir() if path.is_file())
         tracking.log_artifacts(self.client, self.parent_run_id, files, artifact_path="report")
         print(f"Report: {folder / 'report.html'}", flush=True)

@@ -22,7 +22,7 @@ EPOCHS = 3
 
 @dataclass
 class LoggedRun:
-    """What one job run logged: its identity, final metrics and per-epoch histories."""
+    """Record of one logged job run: its identity, final metrics and per-epoch histories."""
 
     run_id: str
     sweep_id: str
@@ -38,7 +38,7 @@ class LoggedRun:
 
 
 def synthetic_metrics(prune: str, threshold: float, seed: int) -> dict[str, float]:
-    """Return final metrics that vary with mode, threshold and seed the way real runs roughly do."""
+    """Return final metrics that vary with mode, threshold and seed roughly as real runs do."""
     dense_accuracy = 0.975 - 0.004 * seed
     if prune == "none":
         sparsity = 0.0
@@ -108,6 +108,7 @@ class StoreWriter:
         with_history: bool = True,
         with_layer_csv: bool = True,
         extra_tags: Optional[dict[str, str]] = None,
+        extra_params: Optional[dict[str, str]] = None,
         threshold_text: Optional[str] = None,
     ) -> LoggedRun:
         """Log one job run; metrics default to synthetic_metrics, and an empty dict logs none."""
@@ -141,6 +142,7 @@ class StoreWriter:
             "tracking.uri": self.tracking_uri,
             "cache.dir": str(self.root / "cache" / run_id),
             "resume": "True",
+            **(extra_params or {}),
         }
         logged = LoggedRun(run_id, sweep_id, prune, threshold, seed, model, dataset, status, dict(metrics))
 

@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -152,6 +153,9 @@ def test_static_sweep_trains_dense_once_and_resumes(tmp_path):
     assert len(after) == 3
     new = [run for run in after if run.info.run_id not in {r.info.run_id for r in runs}]
     assert [run.data.params["threshold"] for run in new] == ["0.01"]
+    report = Path(next(line for line in again.stdout.splitlines() if line.startswith("Report: "))[8:])
+    reported = pd.read_csv(report.parent / "runs.csv")
+    assert sorted(reported["run_id"]) == sorted(run.info.run_id for run in after)
 
     forced = run_cli(["prune=static", "threshold=0.005", "resume=false", *TINY], tmp_path)
     assert forced.returncode == 0, forced.stdout + forced.stderr

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 MODE_ORDER = ("none", "static", "dynamic")
-# Params that say where runs are stored or cached, so seeds of one config may differ in them.
+# Params that name where runs are stored or cached, so the seeds of one config may differ in them.
 _STORAGE_PARAMS = frozenset({"seed", "resume", "dataset.path"})
 _STORAGE_PARAM_PREFIXES = ("tracking.", "cache.", "hydra.")
 # Params that have a column of their own in the runs frame.
@@ -96,8 +96,8 @@ def dense_baselines(finished: pd.DataFrame) -> pd.DataFrame:
     """Return the dense test_accuracy of each model and data set.
 
     The source is the prune=none runs' test_accuracy, else the static runs' dense_test_accuracy. Values are
-    averaged per seed first, because static runs at several thresholds share one dense model per seed;
-    baseline_std is the sample standard deviation over seeds (NaN with one seed).
+    averaged per seed first, because static runs at several thresholds share one dense model per seed.
+    baseline_std is the sample standard deviation over seeds, NaN with one seed.
     """
     rows = []
     for (model, dataset), group in finished.groupby(["model", "dataset"], sort=True):

@@ -22,7 +22,7 @@ from harness.report.errors import ReportError
 from harness.report.figures import ReportFigure, make_figures
 from harness.report.findings import compute_findings
 from harness.report.load import (
-    SWEEP_HINT,
+    SWEEP_COMMAND,
     Selection,
     display_uri,
     find_experiment_id,
@@ -108,7 +108,7 @@ def collect_report_data(
     client = open_client(tracking_uri)
     experiment_id = find_experiment_id(client, experiment, tracking_uri)
     selection = select_runs(client, experiment_id, experiment, sweep_id=sweep_id, run_ids=run_ids, all_runs=all_runs)
-    logger.info("read %d job runs of experiment %r for %s", len(selection.runs), experiment, selection.description)
+    logger.debug("read %d job runs of experiment %r for %s", len(selection.runs), experiment, selection.description)
 
     finished, failed = split_failed(runs_to_frame(selection.runs))
     if finished.empty:
@@ -116,7 +116,7 @@ def collect_report_data(
         raise ReportError(
             f"no finished runs in experiment {experiment!r} for {selection.description}: all {len(failed)} selected "
             f"run(s) failed (e.g. run {first['run_id']}: {first['failure_reason']}); fix the failure and "
-            f"{SWEEP_HINT.replace('run a sweep first', 'run the sweep again')}"
+            f"run the sweep again, e.g. {SWEEP_COMMAND}"
         )
     for _, run in failed.iterrows():
         logger.warning("run %s of %s left out of the report: %s", run["run_id"], selection.description,
@@ -134,7 +134,7 @@ def collect_report_data(
     dynamic = finished[finished["prune"] == "dynamic"]
     histories = {run["run_id"]: load_epoch_history(client, run["run_id"], run["params"]) for _, run in dynamic.iterrows()}
 
-    runs = _sort_runs(pd.concat([finished, failed], ignore_index=True))
+    runs = _sort_runs(pd.concat([frame for frame in (finished, failed) if len(frame)], ignore_index=True))
     runs["pareto"] = runs["pareto"].astype(bool)
     return ReportData(
         experiment=experiment,
@@ -181,7 +181,7 @@ def write_report(data: ReportData, folder: Path) -> list[ReportFigure]:
     for figure in figures:
         if figure.figure is not None:
             figure.save(folder)
-            logger.info("wrote %s.png and .svg", folder / figure.stem)
+            logger.debug("wrote %s.png and .svg", folder / figure.stem)
 
     data.runs[RUN_COLUMNS].to_csv(folder / "runs.csv", index=False)
     data.summary[SUMMARY_COLUMNS].to_csv(folder / "summary.csv", index=False)
@@ -208,18 +208,20 @@ def build_report(
     run_ids: Optional[list[str]] = None,
     all_runs: bool = False,
     out_root: Path,
+    folder_name: Optional[str] = None,
 ) -> Path:
     """Write the comparison report of the selected runs into out_root/<name>/ and return that folder.
 
     <name> is the sweep id (by default that of the most recently started job run), "all" with all_runs,
-    or "runs-<hash of the sorted ids>" with run_ids. Pass at most one of sweep_id, run_ids and all_runs.
+    or "runs-<hash of the sorted ids>" with run_ids; `folder_name` replaces it. Pass at most one of
+    sweep_id, run_ids and all_runs.
 
     Raises:
         ReportError: the store or experiment does not exist, the selection is invalid or empty,
             or no selected run finished with a finite test_accuracy and sparsity.
     """
     data = collect_report_data(tracking_uri, experiment, sweep_id=sweep_id, run_ids=run_ids, all_runs=all_runs)
-    folder = Path(out_root) / data.selection.name
+    folder = Path(out_root) / (folder_name or data.selection.name)
     write_report(data, folder)
     logger.info("report of %s written to %s", data.selection.description, folder)
     return folder

@@ -40,7 +40,7 @@ class ReportFigure:
     name: str
     title: str
     caption: str
-    # None when the selection has no data for this figure; notes then say why.
+    # None when the selection has no data for this figure, and notes then give the reason.
     figure: Optional[Figure]
     notes: list[str] = field(default_factory=list)
 
@@ -54,8 +54,8 @@ class ReportFigure:
         png = folder / f"{self.stem}.png"
         svg = folder / f"{self.stem}.svg"
         self.figure.savefig(png, dpi=_PNG_DPI)
-        # The PNG draw has placed the axes; the figure size in inches is the same for the SVG, so the
-        # constrained layout need not run a second time.
+        # The PNG draw has placed the axes. The figure size in inches is the same for the SVG, so the
+        # constrained layout does not need to run again.
         self.figure.set_layout_engine("none")
         self.figure.savefig(svg, metadata={"Date": None})
         return png, svg
@@ -67,8 +67,8 @@ def mode_style(mode: str) -> tuple[str, str]:
 
 
 def panel_keys(frame: pd.DataFrame) -> list[tuple[str, str]]:
-    """Return the (model, dataset) pairs of a frame in order of first appearance; each gets one panel."""
-    return list(dict.fromkeys(zip(frame["model"], frame["dataset"])))
+    """Return the sorted (model, dataset) pairs of a frame, which get one panel each in every figure."""
+    return sorted(set(zip(frame["model"], frame["dataset"])))
 
 
 def _in_panel(frame: pd.DataFrame, key: tuple[str, str]) -> pd.DataFrame:
@@ -135,7 +135,7 @@ def _finish_panel(ax: Axes, key: tuple[str, str], xlabel: str, ylabel: str) -> N
 
 
 def accuracy_vs_sparsity(finished: pd.DataFrame, summary: pd.DataFrame, baselines: pd.DataFrame) -> ReportFigure:
-    """Figure 1: test_accuracy against measured sparsity, mean ± std per config, Pareto-optimal runs ringed."""
+    """Draw figure 1: test_accuracy against measured sparsity, mean ± std per config, Pareto-optimal runs ringed."""
     result = ReportFigure(
         1,
         "accuracy_vs_sparsity",
@@ -192,7 +192,7 @@ def _threshold_axis(ax: Axes, thresholds: np.ndarray) -> None:
 
 
 def accuracy_vs_threshold(summary: pd.DataFrame, baselines: pd.DataFrame) -> ReportFigure:
-    """Figure 2: test_accuracy against the threshold, one line per prune mode and config."""
+    """Draw figure 2: test_accuracy against the threshold, one line per prune mode and config."""
     result = ReportFigure(
         2,
         "accuracy_vs_threshold",
@@ -229,7 +229,7 @@ def accuracy_vs_threshold(summary: pd.DataFrame, baselines: pd.DataFrame) -> Rep
 
 
 def accuracy_vs_compression(finished: pd.DataFrame, baselines: pd.DataFrame) -> ReportFigure:
-    """Figure 3: test_accuracy against compression_ratio on a log axis; infinite ratios sit at the right edge."""
+    """Draw figure 3: test_accuracy against compression_ratio on a log axis; infinite ratios sit at the right edge."""
     result = ReportFigure(
         3,
         "accuracy_vs_compression",
@@ -255,6 +255,7 @@ def accuracy_vs_compression(finished: pd.DataFrame, baselines: pd.DataFrame) -> 
         finite_ratios = runs.loc[~infinite, "compression_ratio"]
         # Three times the largest finite ratio leaves a visible gap on the log axis before the ∞ column.
         infinity_x = 3.0 * (finite_ratios.max() if len(finite_ratios) else 1.0)
+        infinity_label = "compression_ratio = inf"
         for mode in _modes(runs):
             color, marker = mode_style(mode)
             mode_runs = runs[runs["prune"] == mode]
@@ -263,7 +264,9 @@ def accuracy_vs_compression(finished: pd.DataFrame, baselines: pd.DataFrame) -> 
                        color=color, marker=marker, s=30, label=mode, gid=f"runs-{mode}")
             if mode_infinite.any():
                 ax.scatter(np.full(int(mode_infinite.sum()), infinity_x), mode_runs.loc[mode_infinite, "test_accuracy"],
-                           color=color, marker=marker, s=30, edgecolors="red", linewidth=1.2, gid=f"infinite-{mode}")
+                           color=color, marker=marker, s=30, edgecolors="red", linewidth=1.2, label=infinity_label,
+                           gid=f"infinite-{mode}")
+                infinity_label = None
         if infinite.any():
             ax.axvline(infinity_x / 1.7, color="red", linestyle=":", linewidth=0.8)
             ax.annotate("∞", (infinity_x, 1.0), xycoords=("data", "axes fraction"), xytext=(0, -12),
@@ -280,7 +283,7 @@ def accuracy_vs_compression(finished: pd.DataFrame, baselines: pd.DataFrame) -> 
 
 
 def gzip_size_vs_accuracy(finished: pd.DataFrame, baselines: pd.DataFrame) -> ReportFigure:
-    """Figure 4: the gzip-compressed size of the saved model against test_accuracy."""
+    """Draw figure 4: the gzip-compressed size of the saved model against test_accuracy."""
     result = ReportFigure(
         4,
         "gzip_size_vs_accuracy",
@@ -318,7 +321,7 @@ def _config_row_label(row: pd.Series) -> str:
 
 
 def layer_sparsity(finished: pd.DataFrame, summary: pd.DataFrame, layers: pd.DataFrame) -> ReportFigure:
-    """Figure 5: per-layer sparsity for each pruned config, averaged over the runs with a layer_sparsity.csv."""
+    """Draw figure 5: per-layer sparsity for each pruned config, averaged over the runs with a layer_sparsity.csv."""
     result = ReportFigure(
         5,
         "layer_sparsity",
@@ -380,7 +383,7 @@ def layer_sparsity(finished: pd.DataFrame, summary: pd.DataFrame, layers: pd.Dat
 
 
 def dynamic_epochs(finished: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> ReportFigure:
-    """Figure 6: val_accuracy and sparsity per epoch of each dynamic run."""
+    """Draw figure 6: val_accuracy and sparsity per epoch of each dynamic run."""
     result = ReportFigure(
         6,
         "dynamic_epochs",

@@ -8,7 +8,7 @@ import pandas as pd
 
 from harness.report.analysis import SPARSITY_LEVELS, format_number
 
-# Pareto-optimal runs named one by one in the findings; the rest are counted.
+# The findings name at most this many Pareto-optimal runs one by one and count the rest.
 _MAX_LISTED_PARETO_RUNS = 8
 
 
@@ -36,18 +36,17 @@ def _baseline_sentence(model: str, dataset: str, baselines: pd.DataFrame) -> str
             "run logged dense_test_accuracy, so accuracy drops are left blank."
         )
     row = match.iloc[0]
+    start = f"{model} on {dataset}: the dense baseline test_accuracy is {row['baseline']:.4f}"
     if row["baseline_seeds"] < 2:
-        spread = "from one seed, so its seed noise is unknown"
-    else:
-        spread = f"± {row['baseline_std']:.4f} over {row['baseline_seeds']} seeds"
-    return f"{model} on {dataset}: the dense baseline test_accuracy is {row['baseline']:.4f} {spread}, from {row['baseline_source']}."
+        return f"{start}, from {row['baseline_source']} with one seed, so its seed noise is unknown."
+    return f"{start} ± {row['baseline_std']:.4f} over {row['baseline_seeds']} seeds, from {row['baseline_source']}."
 
 
 def _noise_sentence(dynamic: pd.Series, static: pd.Series, difference: float) -> str:
     single = [row["prune"] for row in (dynamic, static) if row["seed_count"] < 2]
     if single:
-        who = "both modes have" if len(single) == 2 else f"{single[0]} has"
-        return f"Seed noise is unknown, because {who} only one seed, so this difference may be noise."
+        subject = "both modes have" if len(single) == 2 else f"{single[0]} has"
+        return f"Seed noise is unknown, because {subject} only one seed, so this difference may be noise."
     combined = math.hypot(dynamic["test_accuracy_std"], static["test_accuracy_std"])
     if abs(difference) <= combined:
         return f"The difference is within seed noise (|difference| {abs(difference):.4f} <= combined std {combined:.4f})."
@@ -84,7 +83,10 @@ def _without_prune_params(pairs: tuple) -> tuple:
 
 
 def _mode_comparisons(panel: pd.DataFrame) -> list[str]:
-    """Compare dynamic and static configs that share threshold and every param other than prune.* ones."""
+    """Return one sentence per pair of dynamic and static configs with equal threshold and equal params.
+
+    Params under prune.* may differ, because some of them apply to one mode only.
+    """
     dynamic = panel[panel["prune"] == "dynamic"]
     static = panel[panel["prune"] == "static"]
     if dynamic.empty or static.empty:
@@ -108,7 +110,7 @@ def _mode_comparisons(panel: pd.DataFrame) -> list[str]:
 
 
 def _sparsity_level_sentences(panel: pd.DataFrame) -> list[str]:
-    """Name the most accurate config among those whose mean sparsity reaches each level."""
+    """Return sentences naming the most accurate config among those whose mean sparsity reaches each level."""
     sentences = []
     previous_best = None
     for level in SPARSITY_LEVELS:
@@ -116,7 +118,7 @@ def _sparsity_level_sentences(panel: pd.DataFrame) -> list[str]:
         if candidates.empty:
             break
         best_index = candidates["test_accuracy_mean"].idxmax()
-        # A config that is best at a lower level and reaches this level is best here too; say it once.
+        # A config that is best at a lower level and reaches this level is also best here, so it is named once.
         if best_index == previous_best:
             continue
         previous_best = best_index

@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 
 KIND_TAG = "harness.kind"
 SWEEP_TAG = "sweep_id"
-SWEEP_HINT = "run a sweep first with python -m harness -m prune=static,dynamic threshold=0.01,0.05"
+SWEEP_COMMAND = "python -m harness -m prune=static,dynamic threshold=0.01,0.05"
+SWEEP_HINT = f"run a sweep first with {SWEEP_COMMAND}"
 
 # Final metrics of a job run, each logged once (sparsity also per epoch).
 FINAL_METRICS = (
@@ -206,7 +207,8 @@ def _select_run_ids(client: MlflowClient, experiment_id: str, experiment: str, r
 def decode_metric(value: float) -> float:
     """Return a metric value as logged.
 
-    MLflow's SQL store saves +-inf as +-sys.float_info.max (MLflow 3.x), so those values become infinite again.
+    MLflow's SQL store (mlflow/store/tracking/sqlalchemy_store.py in MLflow 3.17) saves +-inf as the largest
+    float, +-1.7976931348623157e308, so those values become infinite again.
     """
     if abs(value) >= sys.float_info.max:
         return math.copysign(math.inf, value)

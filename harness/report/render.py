@@ -24,6 +24,7 @@ table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; vertical-align: top; }
 th { background: #f0f0f0; }
 td.text, th.text { text-align: left; }
+td:not(.text) { white-space: nowrap; }
 figure { margin: 2em 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.9em; color: #444; max-width: 70em; }
@@ -45,7 +46,7 @@ class Table:
 
 @dataclass
 class ReportContent:
-    """What the HTML page and the Markdown file both show."""
+    """Content that the HTML page and the Markdown file both show."""
 
     title: str
     # (label, value) pairs shown at the top: experiment, tracking URI, selection, counts.
