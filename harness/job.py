@@ -133,7 +133,7 @@ def _run_recorded(cfg: DictConfig, sweep: dict[str, Any]) -> dict[str, Any]:
             return {"status": "SKIPPED", "run_id": finished.info.run_id, "metrics": dict(finished.data.metrics)}
 
     run_id = tracking.start_run(client, experiment_id, cfg, digest, sweep_id=sweep.get("sweep_id") or new_sweep_id(),
-                                parent_run_id=sweep.get("parent_run_id"), commit=tracking.git_commit(launch_dir()))
+                                parent_run_id=sweep.get("parent_run_id"), commit=tracking.git_commit())
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous_handler = signal.signal(signal.SIGTERM, _raise_terminated) if on_main_thread else None
     try:

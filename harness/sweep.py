@@ -53,7 +53,7 @@ class SweepCallback(Callback):
         self.client = tracking.client_for(uri)
         experiment_id = tracking.ensure_experiment(self.client, config.tracking.experiment)
         tags = {"harness.kind": "sweep", "sweep_id": sweep_id}
-        commit = tracking.git_commit(launch_dir())
+        commit = tracking.git_commit()
         if commit:
             tags["mlflow.source.git.commit"] = commit
         run = tracking.with_retry(

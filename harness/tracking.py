@@ -88,8 +88,9 @@ def flatten_config(cfg: DictConfig | Mapping[str, Any], max_length: Optional[int
     return flat
 
 
-def git_commit(directory: Path) -> Optional[str]:
-    """Return the commit checked out in `directory`, or None outside a git work tree."""
+def git_commit(directory: Optional[Path] = None) -> Optional[str]:
+    """Return the commit checked out in `directory` (default: the harness's source tree), or None."""
+    directory = directory or Path(__file__).resolve().parent.parent
     try:
         result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True,
                                 timeout=10, check=False)
