@@ -4,7 +4,7 @@ An entry is a folder `<root>/<key>/` holding `weights.npz` (the model's weights,
 state) and `meta.json`. The key hashes exactly the config parts that determine the dense model.
 An entry is built in a temporary folder and renamed into place, so readers never see a partial one, and `meta.json` carries the SHA-256 of
 the weights file, so a damaged entry is detected, reported and rebuilt. An exclusive file lock per
-key makes a second job that asks for the same baseline wait for the first and then load it.
+key makes a second job that requests the same baseline wait for the first and then load it.
 """
 
 from __future__ import annotations

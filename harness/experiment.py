@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Outcome:
-    """What one experiment measured: final metrics, per-epoch rows and the saved model's path."""
+    """Measurements of one experiment: final metrics, per-epoch rows and the saved model's path."""
 
     metrics: dict[str, float]
     history: list[dict]
@@ -74,7 +74,7 @@ def train_dense(job: Prepared, on_epoch=None, cache: Optional[DenseCache] = None
     """Train the model without pruning for train.epochs epochs, or load it from the dense cache.
 
     A reused baseline's per-epoch rows are passed to `on_epoch` again, so every run carries its
-    full history; the reuse and the run that trained it are stored in `job.baseline`.
+    full history. The reuse and the run that trained the baseline are stored in `job.baseline`.
     """
     compile_model(job.model, job.cfg.train)
 

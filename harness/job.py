@@ -82,7 +82,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment as an MLflow run and return its record.
 
     In a multirun, an ordinary error is recorded and returned, so the other jobs of the sweep still
-    run and the sweep callback can list the failure; in a single run it is raised.
+    run and the sweep callback can list the failure. In a single run it is raised.
     """
     overrides = job_overrides()
     sweep = read_sweep_info()

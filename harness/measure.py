@@ -40,7 +40,7 @@ class SparsityStats:
 
 
 def sparsity_stats(model: keras.Model, kernels: Sequence[PrunableKernel]) -> SparsityStats:
-    """Count exact zeros in the kernels as the model holds them now."""
+    """Count exact zeros in the kernels' current values."""
     rows = []
     for kernel in kernels:
         weights = np.asarray(kernel.variable.numpy())

@@ -45,8 +45,8 @@ MODELS: dict[str, Callable[[keras.KerasTensor, int], keras.KerasTensor]] = {
     "lenet5": _lenet5,
 }
 
-# Smallest square input each architecture accepts: lenet5's second 5x5 valid convolution
-# needs at least 5x5 after the first pooling, so 10x10 inputs; cnn pools three times.
+# Smallest square input each architecture accepts. lenet5's second 5x5 valid convolution needs
+# at least 5x5 after the first pooling, so 10x10 inputs. cnn pools three times, so 8x8.
 MIN_INPUT_SIDE = {"cnn": 8, "lenet_300_100": 1, "lenet5": 10}
 
 

@@ -195,7 +195,7 @@ def record_outcome(client, run_id: str, outcome, total_epochs: int) -> None:
     """Log an experiment's final metrics, tags and files.
 
     The final `sparsity` is logged at step `total_epochs`, one past the last epoch's, so the run's
-    latest value is the saved model's; the other final metrics are logged at step 0.
+    latest value is the saved model's. The other final metrics are logged at step 0.
     """
     final = dict(outcome.metrics)
     sparsity = final.pop("sparsity")
@@ -213,7 +213,7 @@ def record_outcome(client, run_id: str, outcome, total_epochs: int) -> None:
 
 
 def end_with_error(client, run_id: str, error: BaseException, status: str) -> None:
-    """Record the error on the run and end it with `status`; never raises over the original error."""
+    """Record the error on the run and end it with `status`, logging (not raising) failures of either step."""
     text = describe_error(error)
     try:
         set_tags(client, run_id, {"error": text[:5000], "error_type": type(error).__name__,

@@ -15,8 +15,6 @@ from harness.pruning.masks import PrunableKernel
 
 log = logging.getLogger(__name__)
 
-EPOCH_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "sparsity")
-
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""

@@ -1,9 +1,9 @@
 """Binary masks on prunable kernels, enforced inside the compiled training step.
 
-A mask is a non-trainable variable of the kernel's shape holding 1 (kept) or 0 (pruned). It is
-attached to the kernel variable as a Keras constraint, and Keras optimizers apply a variable's
-constraint right after every update (`BaseOptimizer.apply` in Keras 3), so a pruned weight is
-exactly zero after every optimizer step whatever the optimizer's momentum or weight decay did.
+A mask is a non-trainable variable of the kernel's shape containing 1 (kept) or 0 (pruned). It is
+attached to the kernel variable as a Keras constraint. Keras 3 optimizers apply a variable's
+constraint right after every update (`BaseOptimizer.apply`), so a pruned weight is exactly zero
+after every optimizer step, whatever the optimizer's momentum or weight decay did.
 The constraint is set on the variable, not on the layer, so the layer config and the saved model
 carry no pruning state.
 """
@@ -58,7 +58,7 @@ class MaskConstraint(keras.constraints.Constraint):
     Args:
         mask: variable of the kernel's shape with values 0.0 or 1.0.
         threshold: magnitude below which a weight is pruned at a mask update.
-        iterations: the optimizer's step counter; `None` holds the mask fixed.
+        iterations: the optimizer's step counter; `None` keeps the mask fixed.
         begin_step: first optimizer step with a mask update.
         frequency: optimizer steps between mask updates.
     """
