@@ -161,6 +161,8 @@ def config_errors(cfg: Any) -> list[str]:
         _check(errors, finite(value) and 0 < value < 1, f"dataset.{key}", value, "a number in (0, 1)")
     limit = cfg.dataset.max_train_samples
     _check(errors, limit is None or limit >= 1, "dataset.max_train_samples", limit, "null or an integer >= 1")
+    _check(errors, _is_number(cfg.seed) and 0 <= cfg.seed < 2**32, "seed", cfg.seed,
+           "an integer in [0, 2**32 - 1] (e.g. seed=0)")
     _check(errors, not cfg.tracking.experiment == "", "tracking.experiment", cfg.tracking.experiment,
            "a non-empty name")
     return errors

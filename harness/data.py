@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from harness.config import ConfigError
+from harness.config import ConfigError, launch_dir
 
 MNIST_CACHE_FILE = Path("~/.keras/datasets/mnist.npz").expanduser()
 MNIST_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -83,6 +83,9 @@ def mnist_file(path: Optional[str]) -> Path:
         ConfigError: when the file does not exist; the message names it and the embedded data sets.
     """
     candidate = Path(path).expanduser() if path else MNIST_CACHE_FILE
+    # Hydra may run the job in its output folder, so a relative path is read from the launch folder.
+    if not candidate.is_absolute():
+        candidate = launch_dir() / candidate
     if not candidate.is_file():
         where = f"dataset.path={path!r}" if path else "Keras' cache file, dataset.path is null"
         raise ConfigError(

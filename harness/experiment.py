@@ -157,12 +157,25 @@ def train_and_prune(job: Prepared, on_epoch=None, cache: Optional[DenseCache] = 
     return history, metrics
 
 
+def save_model(model: keras.Model, path: Path, train_cfg) -> None:
+    """Save architecture and weights without optimizer state, so file sizes measure the model itself.
+
+    Keras 3 writes a trained optimizer's variables into a .keras file (Adam keeps two per weight).
+    A copy compiled with a fresh, unbuilt optimizer saves only its two scalars, and the file still
+    loads compiled, so `keras.saving.load_model(path).evaluate(...)` works with no custom objects.
+    """
+    copy = keras.Model.from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    compile_model(copy, train_cfg)
+    copy.save(path)
+
+
 def measure(job: Prepared, out_dir: Path, train_seconds: float, extra: dict[str, float],
             history: list[dict]) -> Outcome:
     """Evaluate, save and measure the final model; every count comes from its weights as saved."""
     test_loss, test_accuracy = evaluate(job.model, job.data, job.cfg.train.batch_size)
     model_path = out_dir / "model.keras"
-    job.model.save(model_path)
+    save_model(job.model, model_path, job.cfg.train)
     stats: SparsityStats = sparsity_stats(job.model, job.kernels)
     model_bytes, model_gzip_bytes = file_sizes(model_path)
     metrics = {
