@@ -5,8 +5,10 @@ This module imports no TensorFlow, so composing or printing a config stays fast.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -113,9 +115,10 @@ def register_configs() -> None:
     """Register the schemas that the YAML files under conf/ extend."""
     store = ConfigStore.instance()
     store.store(name="base_config", node=Config)
-    store.store(group="model", name="base_model", node=ModelConfig)
-    store.store(group="dataset", name="base_dataset", node=DatasetConfig)
-    store.store(group="prune", name="base_prune", node=PruneConfig)
+    # The group schemas live outside the selectable groups, so `model=...` offers only real models.
+    store.store(group="schema", name="model", node=ModelConfig)
+    store.store(group="schema", name="dataset", node=DatasetConfig)
+    store.store(group="schema", name="prune", node=PruneConfig)
 
 
 def _is_number(value: Any) -> bool:
@@ -127,9 +130,32 @@ def _check(errors: list[str], ok: bool, key: str, value: Any, accepted: str) -> 
         errors.append(f"{key} must be {accepted}, got {value!r}")
 
 
+def unknown_keys(cfg: Any, schema: Optional[type] = None, prefix: str = "") -> list[str]:
+    """Return the dotted keys of a composed config that its schema does not define.
+
+    Hydra accepts `+key=value` for any new key, so a mistyped key such as `+threshhold=0.05`
+    would otherwise run the job with the default threshold.
+    """
+    schema = schema or Config
+    known = {item.name: item for item in dataclasses.fields(schema)}
+    found = []
+    for key in cfg.keys():
+        if key == "hydra":
+            continue
+        name = f"{prefix}{key}"
+        if key not in known:
+            found.append(name)
+            continue
+        node_type = typing.get_type_hints(schema)[key]
+        if dataclasses.is_dataclass(node_type):
+            found += unknown_keys(cfg[key], node_type, f"{name}.")
+    return found
+
+
 def config_errors(cfg: Any) -> list[str]:
     """Return one message per invalid value of a composed config, each naming key, value and rule."""
-    errors: list[str] = []
+    errors: list[str] = [f"{key} is not a config key (misspelled? `python -m harness --cfg job` lists every key)"
+                         for key in unknown_keys(cfg)]
     finite = lambda v: _is_number(v) and math.isfinite(v)  # noqa: E731
 
     _check(errors, cfg.model.name in MODEL_NAMES, "model.name", cfg.model.name, f"one of {', '.join(MODEL_NAMES)}")

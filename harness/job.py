@@ -24,6 +24,12 @@ log = logging.getLogger(__name__)
 SWEEP_FILE = "sweep.json"
 # Config keys that change where results go, not what is computed; the config hash leaves them out.
 NON_RESULT_KEYS = ("tracking", "cache", "resume")
+# Keys that a prune mode ignores, so they do not make two otherwise identical jobs differ.
+IGNORED_BY_MODE = {
+    "none": ("threshold", "prune.fine_tune_epochs", "prune.begin_step", "prune.frequency", "prune.l1"),
+    "static": ("prune.begin_step", "prune.frequency", "prune.l1"),
+    "dynamic": ("prune.fine_tune_epochs",),
+}
 
 
 class JobTerminated(KeyboardInterrupt):
@@ -40,6 +46,9 @@ def config_hash(cfg: DictConfig) -> str:
     container = OmegaConf.to_container(cfg, resolve=True)
     for key in NON_RESULT_KEYS:
         container.pop(key, None)
+    for key in IGNORED_BY_MODE.get(cfg.prune.mode, ()):
+        parent, _, leaf = key.rpartition(".")
+        (container[parent] if parent else container).pop(leaf, None)
     text = json.dumps(container, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -92,7 +101,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     record: dict[str, Any] = {"overrides": overrides, "status": "FAILED", "run_id": None, "error": None}
     try:
         validate(cfg)  # Before TensorFlow is imported, so a bad value is reported at once.
-        record.update(_run_recorded(cfg, sweep))
+        record.update(_run_recorded(cfg, sweep, record))
     except ConfigError as error:
         record["error"] = tracking.describe_error(error)
         log.error("%s [%s]", error, " ".join(overrides) or "defaults")
@@ -116,7 +125,7 @@ def dense_cache(cfg: DictConfig):
     return DenseCache(root if root.is_absolute() else launch_dir() / root)
 
 
-def _run_recorded(cfg: DictConfig, sweep: dict[str, Any]) -> dict[str, Any]:
+def _run_recorded(cfg: DictConfig, sweep: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
     from harness.experiment import prepare, run_experiment, summary_line
     from harness.training import TrainingDiverged
 
@@ -129,11 +138,15 @@ def _run_recorded(cfg: DictConfig, sweep: dict[str, Any]) -> dict[str, Any]:
     if cfg.resume:
         finished = tracking.find_finished_run(client, experiment_id, digest)
         if finished is not None:
-            log.info("skipped: finished as run %s", finished.info.run_id)
-            return {"status": "SKIPPED", "run_id": finished.info.run_id, "metrics": dict(finished.data.metrics)}
+            log.info("skipped: finished as run %s (resume=false runs it again)", finished.info.run_id)
+            metrics = dict(finished.data.metrics)
+            if "sparsity" in metrics and "test_accuracy" in metrics:
+                print(summary_line(cfg, metrics, finished.info.run_id), flush=True)
+            return {"status": "SKIPPED", "run_id": finished.info.run_id, "metrics": metrics}
 
     run_id = tracking.start_run(client, experiment_id, cfg, digest, sweep_id=sweep.get("sweep_id") or new_sweep_id(),
                                 parent_run_id=sweep.get("parent_run_id"), commit=tracking.git_commit())
+    record["run_id"] = run_id  # Kept when the run fails, so the sweep summary can name it.
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous_handler = signal.signal(signal.SIGTERM, _raise_terminated) if on_main_thread else None
     try:

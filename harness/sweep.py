@@ -82,7 +82,7 @@ class SweepCallback(Callback):
             record = {"status": "FAILED", "run_id": None, "error": tracking.describe_error(value)
                       if isinstance(value, BaseException) else str(value)}
         record["overrides"] = list(job_return.overrides or [])
-        record["job"] = HydraConfig.get().job.num
+        record["job"] = HydraConfig.get().job.num + 1
         folder = _sweep_dir(config) / JOBS_FOLDER
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{record['job']}.json").write_text(json.dumps(record, indent=2, default=str))
@@ -99,6 +99,10 @@ class SweepCallback(Callback):
         except Exception as error:
             log.warning("report for sweep %s not built: %s", sweep_info["sweep_id"], tracking.describe_error(error))
 
+        if failed:
+            lines = [f"job {record['job']} [{' '.join(record['overrides'])}]: {record.get('error')}"
+                     for record in failed]
+            tracking.set_tags(self.client, self.parent_run_id, {"failed_jobs": "\n".join(lines)[:5000]})
         self._end_if_open("FAILED" if failed else "FINISHED")
         if failed:
             raise SystemExit(1)

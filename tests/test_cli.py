@@ -148,7 +148,8 @@ def test_grid_summary_printed(grid):
 def shared_launch(tmp_path_factory):
     """Two sweeps launched from one folder with no tracking.uri, one with hydra.job.chdir=true, one without."""
     folder = tmp_path_factory.mktemp("launch")
-    common = [*LIGHT, f"train.epochs={GRID_EPOCHS}"]
+    # resume=false: the second sweep repeats configs of the first, and every job must run here.
+    common = [*LIGHT, f"train.epochs={GRID_EPOCHS}", "resume=false"]
     moved = run_cli(["-m", "prune=dynamic,static", "prune.frequency=10", "hydra.job.chdir=true", *common], cwd=folder)
     stayed = run_cli(["-m", "prune=none,static", "threshold=0.01,0.05", "hydra.job.chdir=false", *common],
                      cwd=folder)
@@ -224,7 +225,7 @@ def test_bad_job_rejected_in_sweep(tmp_path):
     parents = store.runs(kind="sweep")
     assert result.returncode != 0
     assert re.search(r"threshold must be .*got -1", output)
-    assert re.search(r"job 1 \[.*threshold=-1.*\]", summary)
+    assert re.search(r"job 2 \[.*threshold=-1.*\]", summary)
     assert sorted(float(run.data.params["threshold"]) for run in jobs) == [0.01, 0.05]
     assert [run.info.status for run in jobs] == ["FINISHED", "FINISHED"]
     assert all("test_accuracy" in run.data.metrics for run in jobs)

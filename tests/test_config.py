@@ -149,3 +149,23 @@ def test_config_hash_ignores_storage():
     assert config_hash(moved) == config_hash(base)
     assert config_hash(other) != config_hash(base)
     assert config_hash(reseeded) != config_hash(base)
+
+
+def test_config_hash_ignores_unused_prune_keys():
+    static = compose_config(["prune=static"])
+    dense = compose_config(["prune=none"])
+    dynamic = compose_config(["prune=dynamic"])
+
+    assert config_hash(compose_config(["prune=static", "prune.frequency=10", "prune.l1=0.1"])) == config_hash(static)
+    assert config_hash(compose_config(["prune=none", "threshold=0.5"])) == config_hash(dense)
+    assert config_hash(compose_config(["prune=dynamic", "prune.fine_tune_epochs=3"])) == config_hash(dynamic)
+    assert config_hash(compose_config(["prune=dynamic", "prune.frequency=10"])) != config_hash(dynamic)
+    assert config_hash(compose_config(["prune=static", "prune.fine_tune_epochs=3"])) != config_hash(static)
+
+
+@pytest.mark.parametrize("override, key", [("+threshhold=0.05", "threshhold"), ("+prune.nosuch=3", "prune.nosuch"),
+                                          ("+train.epoch=3", "train.epoch")])
+def test_unknown_key_rejected(override, key):
+    errors = config_errors(compose_config([override]))
+    assert len(errors) == 1
+    assert errors[0].startswith(f"{key} is not a config key")

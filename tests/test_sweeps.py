@@ -175,6 +175,7 @@ def test_diverging_job_fails_alone(tmp_path):
     assert runs["1000000000.0"].info.status == "FAILED"
     assert runs["1000000000.0"].data.tags["diverged"] == "true"
     assert "TrainingDiverged" in runs["1000000000.0"].data.tags["error"]
+    assert runs["1000000000.0"].info.run_id in summary
 
 
 @pytest.mark.slow
