@@ -1,5 +1,7 @@
 """Entry point: `python -m harness [overrides]`, or `python -m harness -m key=a,b` for a sweep."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -17,4 +19,11 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt as interrupt:
+        # The run and the sweep's parent run are already ended KILLED; exit as the shell expects.
+        from harness.job import JobTerminated
+
+        print(f"interrupted: {interrupt or 'KeyboardInterrupt'}", file=sys.stderr)
+        sys.exit(143 if isinstance(interrupt, JobTerminated) else 130)

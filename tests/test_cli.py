@@ -279,7 +279,7 @@ def test_sigterm_kills_then_fresh_run(tmp_path):
                     cwd=tmp_path)
 
     assert trained, "".join(lines)[-3000:]
-    assert killed_code != 0
+    assert killed_code == 143
     assert len(killed) == 1
     assert killed[0].info.status == "KILLED"
     assert "SIGTERM" in killed[0].data.tags["error"]
