@@ -15,10 +15,13 @@ from omegaconf import DictConfig
 
 from harness import tracking
 from harness.config import launch_dir, resolve_tracking_uri
+from harness.report.load import RUN_IDS_TAG
 
 log = logging.getLogger(__name__)
 
 JOBS_FOLDER = "jobs"
+# MLflow's limit on the length of a tag value.
+MAX_TAG_LENGTH = 8000
 
 
 def count_jobs(overrides: list[str]) -> int:
@@ -94,6 +97,10 @@ class SweepCallback(Callback):
         failed = [record for record in records if record["status"] == "FAILED"]
         sweep_info = json.loads((directory / "sweep.json").read_text())
 
+        run_ids = ",".join(record["run_id"] for record in records if record.get("run_id"))
+        if run_ids and len(run_ids) <= MAX_TAG_LENGTH:
+            # Lets a later `python -m harness.report --sweep-id` select the same runs, skipped ones too.
+            tracking.set_tags(self.client, self.parent_run_id, {RUN_IDS_TAG: run_ids})
         try:
             self._build_report(config, sweep_info, records)
         except Exception as error:

@@ -156,6 +156,13 @@ def test_static_sweep_trains_dense_once_and_resumes(tmp_path):
     report = Path(next(line for line in again.stdout.splitlines() if line.startswith("Report: "))[8:])
     reported = pd.read_csv(report.parent / "runs.csv")
     assert sorted(reported["run_id"]) == sorted(run.info.run_id for run in after)
+    report.unlink()
+    rebuilt = subprocess.run([sys.executable, "-m", "harness.report", "--sweep-id", report.parent.name],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert report.is_file()
+    rebuilt_runs = pd.read_csv(report.parent / "runs.csv")
+    assert sorted(rebuilt_runs["run_id"]) == sorted(run.info.run_id for run in after)
 
     forced = run_cli(["prune=static", "threshold=0.005", "resume=false", *TINY], tmp_path)
     assert forced.returncode == 0, forced.stdout + forced.stderr

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 KIND_TAG = "harness.kind"
 SWEEP_TAG = "sweep_id"
+# Tag of a sweep's parent run listing its job runs, comma-separated, skipped ones included.
+RUN_IDS_TAG = "harness.run_ids"
 SWEEP_COMMAND = "python -m harness -m prune=static,dynamic threshold=0.01,0.05"
 SWEEP_HINT = f"run a sweep first with {SWEEP_COMMAND}"
 
@@ -167,6 +169,10 @@ def select_runs(
                 "pass --run-ids or --all"
             )
     chosen = [run for run in job_runs if run.data.tags.get(SWEEP_TAG) == sweep_id]
+    recorded = _recorded_run_ids(client, experiment_id, sweep_id)
+    if recorded:
+        # A resumed sweep records the runs it skipped too, which carry an earlier sweep's id.
+        chosen = [run for run in job_runs if run.info.run_id in recorded]
     if not chosen:
         known = list(dict.fromkeys(run.data.tags.get(SWEEP_TAG) for run in job_runs if run.data.tags.get(SWEEP_TAG)))
         raise ReportError(
@@ -175,6 +181,19 @@ def select_runs(
             f"pass one of them with --sweep-id, or {SWEEP_HINT}"
         )
     return Selection(folder_name(sweep_id), f"sweep_id {sweep_id!r}", chosen)
+
+
+def _recorded_run_ids(client: MlflowClient, experiment_id: str, sweep_id: str) -> set[str]:
+    """Return the job run ids that a sweep's parent run lists in its RUN_IDS_TAG, or an empty set."""
+    if "'" in sweep_id:
+        return set()
+    parents = client.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=f"tags.`{KIND_TAG}` = 'sweep' and tags.`{SWEEP_TAG}` = '{sweep_id}'",
+        max_results=1,
+    )
+    listed = parents[0].data.tags.get(RUN_IDS_TAG, "") if parents else ""
+    return {run_id for run_id in listed.split(",") if run_id}
 
 
 def _select_run_ids(client: MlflowClient, experiment_id: str, experiment: str, run_ids: list[str]) -> Selection:
